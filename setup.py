@@ -25,5 +25,6 @@ setuptools.setup(
         'dev': cfg['dev_requirements'].split(),
         'hub': ['datasets'],   # LeetCode rows from the hub (newfacade/LeetCodeDataset)
     },
+    entry_points={'console_scripts': cfg.get('console_scripts', '').split()},
     zip_safe=False,
 )
