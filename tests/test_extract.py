@@ -106,6 +106,13 @@ def test_duplicate_ids_and_empty():
     with pytest.raises(ValueError, match='no pairs'): check_pairs([])
 
 
+def test_real_basis_refuses_nonhack_pairs(tiny):
+    model, tok, W = tiny
+    with pytest.raises(ValueError, match=r"the real basis got pairs tagged 'control_nonhack' \(\['n0', 'n1', 'n2'\]\)"):
+        extract_v_hack(model, W, tok, PAIRS + NONHACK, k=1, progress=False)
+    extract_v_hack(model, W, tok, NONHACK, k=1, control='nonhack', progress=False)
+
+
 def test_k_larger_than_pairs(tiny):
     model, tok, W = tiny
     with pytest.raises(ValueError, match=r'k=5 is larger than the number of training pairs \(6 pairs − 2 held out = 4\)'):

@@ -190,6 +190,7 @@ def test_leetcode_paths_roundtrip(tmp_path):
 @pytest.mark.skipif(importlib.util.find_spec('datasets') is not None, reason='datasets is installed')
 def test_hub_without_datasets_names_the_fix():
     with pytest.raises(ImportError, match=r'pip install vhack\[hub\]'): leetcode_hub_rows()
+    with pytest.raises(ImportError, match=r'pip install vhack\[hub\]'): load_problems('leetcode')
 
 
 # ---- bad input ----
@@ -202,6 +203,8 @@ def test_missing_fields_are_named(tmp_path, emb):
     bench['prompt_metadata'] = {}
     p = write_jsonl([bench], tmp_path/'b.jsonl')
     with pytest.raises(ProblemFormatError, match=r"row 9002 .*prompt_metadata.starter_code"): load_problems(p)
+    with pytest.raises(ProblemFormatError, match=r"row 9002.*field 'test'"):
+        leetcode_bench_row(dict(read_jsonl(FIXTURE)[1], test='assert 1 == 1'))
     p = write_jsonl([row], tmp_path/'e.jsonl')            # has no 'tests' key: no schema recognised
     with pytest.raises(ProblemFormatError, match='schema'): load_problems(p)
     p = write_jsonl([emb[0], dict(emb[1], question=None)], tmp_path/'q.jsonl')

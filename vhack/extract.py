@@ -234,6 +234,11 @@ def extract_v_hack(model, wrappers, tok, pairs, *, k, tau_axis=0.0, n_heldout=0,
                    seed=0, ablate=False, model_id=None, control='real', progress=True) -> VHack:
     "Extract the hack basis from `pairs` on the live model (see above). Returns a `VHack` with provenance."
     pairs = check_pairs(pairs)
+    if control not in CONTROLS: raise ValueError(f"control={control!r}; use one of {CONTROLS}")
+    tagged = [p.id for p in pairs if NONHACK_TAG in pair_tags(p)]
+    if control == 'real' and tagged:
+        raise ValueError(f"the real basis got pairs tagged {NONHACK_TAG!r} ({tagged[:3]}{'…' if len(tagged) > 3 else ''}): they belong to the 'nonhack' "
+                         "control; drop them (resolve_or_extract does) or pass control='nonhack'")
     _check_args(k, tau_axis, n_heldout, len(pairs), nll_norm, max_new)
     for n, kb in wrappers.items():
         if k > kb.r: raise ValueError(f"k={k} exceeds the rank r={kb.r} of module {n!r}")

@@ -244,7 +244,9 @@ def leetcode_bench_row(row:dict, where:str='') -> dict:
     "One hub row in the benchmark's schema (no filtering, no grading)."
     require_fields(row, HUB_FIELDS, where)
     fn = row['entry_point'].split('.')[-1]
-    asserts, imports, _ = check_to_asserts(row['test'], fn, module_names(row['prompt']))
+    try: asserts, imports, _ = check_to_asserts(row['test'], fn, module_names(row['prompt']))
+    except (SyntaxError, ValueError) as e:
+        raise ProblemFormatError(f"{_row_name(row, where)}: field 'test' or 'prompt' is not usable ({e})") from e
     setup = row['prompt'].rstrip('\n') + '\n' + ''.join(i + '\n' for i in imports if i not in row['prompt'])
     return dict(id=row['question_id'], task_id=row.get('task_id'), question=row['problem_description'],
                 func_name=f"Solution().{fn}", setup_code=setup, gt_answer=asserts,

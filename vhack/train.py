@@ -152,10 +152,9 @@ def setup_pool(cfg: Config, train, model=None, wrappers=None, tok=None):
     d = cache_dir()/'pools'/f"{tag}-{cfg.teacher_model.replace('/', '_')}"
     if not (d/'manifest.json').exists():
         tm, tt = load_model(cfg.teacher_model, cfg.dtype, cfg.device)
-        tw = wrap(tm)
         sampling = Sampling(cfg.max_new, cfg.temperature, cfg.top_p, cfg.top_k)
-        build_sampled_pool(train, d, make_sampler(tm, tw, tt, sampling), n_per_problem=8)
-        del tm, tw
+        build_sampled_pool(train, d, make_sampler(tm, None, tt, sampling, batch_size=cfg.gen_batch_size), n_per_problem=8)
+        del tm
     return load_pool(d, mode=cfg.env_mode)
 
 def setup_pairs(cfg: Config, train, pool):
@@ -190,7 +189,8 @@ def deploy_eval(cfg: Config, model, wrappers, tok, held, step: int, sampling) ->
     def run():
         with torch.random.fork_rng(devices=devs):
             torch.manual_seed(cfg.seed * 100_003 + step)
-            return eval_hack_solve(model, wrappers, tok, held, sampling, n_samples=cfg.eval_samples)
+            return eval_hack_solve(model, wrappers, tok, held, sampling, n_samples=cfg.eval_samples,
+                                   batch_size=cfg.gen_batch_size)
     kept = run()
     out = dict(hack_kept=kept['hack'], solve_kept=kept['solve'])
     if cfg.intervention == 'route':
@@ -280,11 +280,13 @@ def main(cfg: Config, progress=True, nan_hook=None) -> dict:
             for _ in range(cfg.prompts_per_step):
                 prob = train[rng.randrange(len(train))]
                 group = collect_group(model, wrappers, tok, prob, pool.rows(prob.id) if pool is not None and G_t else [],
-                                      G_s, G_t, sampling, rng=rng, timings=t)
+                                      G_s, G_t, sampling, rng=rng, batch_size=cfg.gen_batch_size, timings=t)
                 rollouts += group
                 tb = time.time()
-                res = grpo_backward(model, wrappers, tok, group, beta=cfg.beta, clip=cfg.clip, unbiased=cfg.unbiased,
-                                    max_new=cfg.max_new, temperature=cfg.temperature, scale=1 / cfg.prompts_per_step)
+                try:
+                    res = grpo_backward(model, wrappers, tok, group, beta=cfg.beta, clip=cfg.clip, unbiased=cfg.unbiased,
+                                        max_new=cfg.max_new, temperature=cfg.temperature, scale=1 / cfg.prompts_per_step)
+                except FloatingPointError as e: raise FloatingPointError(f"step {step}: {e}") from e
                 t['t_bwd'] += time.time() - tb
                 if res['skipped']: n_zero += 1; continue
                 for n in wrappers: g_s[n] += res['g_s'][n]; g_t[n] += res['g_t'][n]
@@ -310,6 +312,10 @@ def main(cfg: Config, progress=True, nan_hook=None) -> dict:
                                     adam_aware=cfg.adam_aware, gate_mode=cfg.gate_mode)
                 row.update(cout_update=up['cout_update'], cout_update_raw=up['cout_update_raw'])
             sched.step()
+            for n, k in wrappers.items():
+                for w in ('dS', 'dS_hack'):
+                    if not torch.isfinite(getattr(k, w)).all():
+                        raise FloatingPointError(f"step {step}: NaN/inf in {w} of module {n} after the optimizer step")
             row.update(knob_norms(wrappers))
             # ── online refresh, quarantine ablated, overlap-guarded ────────────────────────────────
             if vh is not None and cfg.vhack_refresh_every and step > 0 and step % cfg.vhack_refresh_every == 0 \
