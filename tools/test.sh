@@ -3,7 +3,7 @@
 # 1 notebooks clean · 2 library in sync · 3 nbdev_test · 4 pytest · 5 the smoke run through papermill.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
+export PYTHONUNBUFFERED=1 MPLBACKEND=Agg OMP_NUM_THREADS=1  # one thread per process: tests run side by side on 2 cores
 step() { printf '\n== %s\n' "$*"; }
 dirty() { git status --porcelain -- "$@"; }
 

@@ -157,6 +157,8 @@ def validate(cfg: Config) -> Config:
     if cfg.teacher != 'none' and cfg.mix_ratio == 0: errs.append(f"mix_ratio=0 with teacher={cfg.teacher!r}: use teacher='none'")
     if cfg.v_hack_require_cache and cfg.v_hack_path and not Path(cfg.v_hack_path).is_file():
         errs.append(f"v_hack_path={cfg.v_hack_path!r}: v_hack_require_cache is set but the file does not exist")
+    if cfg.v_control == 'random' and cfg.vhack_refresh_every:
+        errs.append("vhack_refresh_every with v_control='random': a random basis has nothing to refresh (set it to 0)")
     if cfg.intervention == 'none' and cfg.v_control != 'real':
         errs.append("v_control only applies to erase/route (intervention='none' uses no basis)")
     ps = cfg.problem_source

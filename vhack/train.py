@@ -5,12 +5,12 @@
 # %% auto 0
 __all__ = ['ROW_KEYS', 'MECHANISMS', 'SPLIT_SEED', 'ALWAYS', 'repo_root', 'run_path', 'config_diff', 'open_run', 'finite_row',
            'step_stats', 'knob_norms', 'warmup_cosine', 'save_ckpt', 'load_ckpt', 'read_rows', 'truncate_rows',
-           'setup_problems', 'setup_pool', 'setup_pairs', 'v_path', 'get_basis', 'deploy_eval', 'bluf', 'main',
-           'check_run', 'cli']
+           'setup_problems', 'setup_pool', 'setup_pairs', 'v_path', 'get_basis', 'deploy_eval', 'bluf', 'RunState',
+           'setup_run', 'train_step', 'refresh_basis', 'main', 'check_run', 'cli']
 
 # %% ../nbs/06_train_loop.ipynb
 import os, sys, json, math, time, random, hashlib, warnings, argparse
-from dataclasses import asdict, fields
+from dataclasses import dataclass, field, asdict, fields
 from pathlib import Path
 import torch
 from safetensors.torch import save_file, load_file
@@ -18,7 +18,8 @@ from tqdm.auto import tqdm
 
 from .models import load_model, cache_dir
 from .adapter import wrap, knobs, ablate_quarantine
-from .extract import resolve_or_extract, extract_v_hack, postprocess_v_hack, basis_overlap, save_vhack, load_vhack
+from .extract import (resolve_or_extract, extract_v_hack, postprocess_v_hack, basis_overlap, save_vhack, load_vhack,
+                           control_basis)
 from .project import project_all, cos_in, cin_null, make_optimizer, optimizer_step
 from .grpo import Sampling, split_group, collect_group, grpo_backward, eval_hack_solve, make_sampler, mechanism_counts
 from .config import Config, make_config, save_config, load_config, validate
@@ -121,7 +122,7 @@ def read_rows(path: Path) -> list:
     return [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.exists() else []
 
 def truncate_rows(path: Path, upto: int):
-    "Keep only the rows with `step < upto` (those after a checkpoint are written again on resume)."
+    "Keep only the lines with `step < upto` (those after a checkpoint are written again on resume)."
     rows = [r for r in read_rows(path) if r['step'] < upto]
     path.write_text(''.join(json.dumps(r) + '\n' for r in rows))
 
@@ -175,8 +176,12 @@ def get_basis(cfg: Config, model, wrappers, tok, pairs, refresh=False):
     "V for the run: resolved from the cache (or extracted) at start, re-extracted on refresh; post-processed."
     kw = dict(model_id=cfg.model, k=cfg.v_hack_k, tau_axis=cfg.v_hack_tau, nll_norm=cfg.v_hack_nll_norm,
               n_heldout=cfg.v_hack_n_heldout, seed=cfg.seed, max_new=cfg.max_new, progress=False)
-    if refresh:
-        vh = extract_v_hack(model, wrappers, tok, pairs, ablate=True, control='real', **kw)
+    if refresh:     # re-extract on the current model, quarantine ablated; a control is rebuilt from the new real V
+        hack_pairs = [p for p in pairs if 'control_nonhack' not in p.tags]
+        vh = extract_v_hack(model, wrappers, tok, hack_pairs, ablate=True, control='real', **kw)
+        if cfg.v_control != 'real':
+            vh = control_basis(cfg.v_control, vh, model=model, wrappers=wrappers, tok=tok, pairs=pairs, seed=cfg.seed,
+                               ablate=True, progress=False)
     else:
         vh = resolve_or_extract(model, wrappers, tok, pairs, v_path(cfg), control=cfg.v_control,
                                 require_cache=cfg.v_hack_require_cache, ablate=cfg.intervention == 'route', **kw)
@@ -200,7 +205,7 @@ def deploy_eval(cfg: Config, model, wrappers, tok, held, step: int, sampling) ->
             raise RuntimeError(f"intervention={cfg.intervention!r} but δS_hack is nonzero: only route may fill the quarantine")
         dep = kept
     out.update(hack_deploy=dep['hack'], solve_deploy=dep['solve'])
-    out['eval_mech'] = {k: v for k, v in dep.items() if k.startswith('hk_')}
+    out.update({f'eval_{k}': v for k, v in dep.items() if k.startswith('hk_')})   # deployed hacks by mechanism (counts)
     return out
 
 # %% ../nbs/06_train_loop.ipynb
@@ -231,9 +236,109 @@ def bluf(cfg: Config, rows: list, d: Path = None) -> str:
     return text
 
 # %% ../nbs/06_train_loop.ipynb
-def _grad_dict(wrappers): return {n: (k.dS.grad.detach().clone() if k.dS.grad is not None else torch.zeros_like(k.dS))
-                                  for n, k in wrappers.items()}
+@dataclass
+class RunState:
+    "Everything a running loop holds."
+    cfg: Config; d: Path; model: object; tok: object; wrappers: dict; opt: object; sched: object
+    rng: random.Random; train: list; held: list; pool: object; G_s: int; G_t: int; sampling: object
+    pairs: list = None; vh: object = None; null: float = None; extra: dict = field(default_factory=dict)
 
+def setup_run(cfg: Config, d: Path) -> RunState:
+    "Load, wrap, optimizer + schedule, problems, teacher pool, pairs and V: the seed's set-up."
+    if cfg.threads: torch.set_num_threads(cfg.threads)
+    random.seed(cfg.seed); torch.manual_seed(cfg.seed)
+    model, tok = load_model(cfg.model, cfg.dtype, cfg.device, seed=cfg.seed)
+    wrappers = wrap(model)
+    opt = make_optimizer(wrappers, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay,
+                         hack_weight_decay=cfg.weight_decay_hack)
+    sched = warmup_cosine(opt, cfg.steps, cfg.warmup_frac)
+    train, held = setup_problems(cfg)
+    pool = setup_pool(cfg, train, model, wrappers, tok)
+    G_s, G_t = split_group(cfg.group, cfg.mix_ratio if pool is not None else 0.0)
+    st = RunState(cfg, d, model, tok, wrappers, opt, sched, random.Random(cfg.seed), train, held, pool, G_s, G_t,
+                  Sampling(cfg.max_new, cfg.temperature, cfg.top_p, cfg.top_k), extra=dict(refresh_stopped=False))
+    if cfg.intervention != 'none':                       # the vanilla arm has V = None and never projects
+        st.pairs = setup_pairs(cfg, train, pool)
+        st.vh = get_basis(cfg, model, wrappers, tok, st.pairs)
+        st.null = cin_null(st.vh.V, wrappers)
+    return st
+
+# %% ../nbs/06_train_loop.ipynb
+def train_step(st: RunState, step: int, nan_hook=None) -> tuple:
+    "One step of the seed's loop: accumulate over prompts, measure/erase/route, clip, optimizer step. `(row, rollouts)`."
+    cfg, W = st.cfg, st.wrappers
+    t = dict(t_gen=0., t_grade=0., t_bwd=0.)
+    st.opt.zero_grad(set_to_none=True)
+    g_s = {n: torch.zeros_like(k.dS) for n, k in W.items()}; g_t = {n: torch.zeros_like(k.dS) for n, k in W.items()}
+    rollouts, n_zero, losses, kls = [], 0, [], []
+    # ── accumulate the gradient over P prompts (more chances that a group has reward variance) ──
+    for _ in range(cfg.prompts_per_step):
+        prob = st.train[st.rng.randrange(len(st.train))]
+        rows_t = st.pool.rows(prob.id) if st.pool is not None and st.G_t else []
+        group = collect_group(st.model, W, st.tok, prob, rows_t, st.G_s, st.G_t, st.sampling, rng=st.rng,
+                              batch_size=cfg.gen_batch_size, timings=t)
+        rollouts += group
+        tb = time.time()
+        res = grpo_backward(st.model, W, st.tok, group, beta=cfg.beta, clip=cfg.clip, unbiased=cfg.unbiased,
+                            max_new=cfg.max_new, temperature=cfg.temperature, scale=1 / cfg.prompts_per_step)
+        t['t_bwd'] += time.time() - tb
+        if res['skipped']: n_zero += 1; continue        # zero-variance group: no signal, no made-up advantage
+        for n in W: g_s[n] += res['g_s'][n]; g_t[n] += res['g_t'][n]
+        losses.append(res['loss']); kls.append(res['kl'])
+    if nan_hook is not None: nan_hook(step, W)
+    row = dict(step=step, lr=st.sched.get_last_lr()[0], **step_stats(rollouts), loss=_mean(losses), kl=_mean(kls),
+               frac_zero_var=n_zero / cfg.prompts_per_step, cin_null=st.null, **t)
+    have_grad = n_zero < cfg.prompts_per_step
+    V = st.vh.V if st.vh is not None else None
+    # ── intervene: cin_s / cin_t on the split gradients, then project δS.grad ─────────────────────
+    if V is not None and have_grad:
+        row.update(cin_s=cos_in(g_s, V), cin_t=cos_in(g_t, V) if st.G_t else None)
+        pr = project_all(W, V, mode=cfg.intervention, gate_mode=cfg.gate_mode, overshoot=cfg.project_overshoot,
+                         preserve_magnitude=cfg.preserve_magnitude)
+        row.update(cin=pr['cin'], cout=pr['cout'], fired=pr['fired'])
+    # ── clip, step; cout_update measures the step actually taken ──────────────────────────────────
+    if have_grad:
+        row['gn'] = float(torch.nn.utils.clip_grad_norm_(knobs(W), cfg.grad_clip))
+        up = optimizer_step(st.opt, W, V, mode=cfg.intervention, adam_aware=cfg.adam_aware, gate_mode=cfg.gate_mode)
+        row.update(cout_update=up['cout_update'], cout_update_raw=up['cout_update_raw'])
+    st.sched.step()
+    for n, k in W.items():
+        for w in ('dS', 'dS_hack'):
+            if not torch.isfinite(getattr(k, w)).all():
+                raise FloatingPointError(f"step {step}: NaN/inf in {w} of module {n} after the optimizer step")
+    row.update(knob_norms(W))
+    return row, rollouts
+
+# %% ../nbs/06_train_loop.ipynb
+def refresh_basis(st: RunState, step: int) -> float:
+    "Re-extract V on the current model with the quarantine ablated; guard with `basis_overlap`. Returns the overlap."
+    cfg = st.cfg
+    new = get_basis(cfg, st.model, st.wrappers, st.tok, st.pairs, refresh=True)
+    ov = basis_overlap(new.V, st.vh.V)
+    if ov < cfg.refresh_min_overlap:
+        msg = f"step {step}: refreshed V overlaps the old one only {ov:.3f} < refresh_min_overlap={cfg.refresh_min_overlap}"
+        if cfg.refresh_on_low_overlap == 'stop':
+            st.extra['refresh_stopped'] = True
+            warnings.warn(msg + '; keeping the old V and refreshing no more'); return ov
+        warnings.warn(msg + "; using it anyway (refresh_on_low_overlap='warn')")
+    st.vh, st.null = new, cin_null(new.V, st.wrappers)
+    return ov
+
+def _log(st: RunState, row: dict, rollouts, frows, fsamp) -> dict:
+    "Finish, check and write one row (schema order, then extras) and the step's sample rollouts."
+    row = {k: (float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and k != 'step' else v)
+           for k, v in row.items()}
+    row = finite_row({**{k: row.get(k) for k in ROW_KEYS}, **{k: v for k, v in row.items() if k not in ROW_KEYS}},
+                     row['step'])
+    frows.write(json.dumps(row) + '\n'); frows.flush()
+    for r in rollouts[:st.cfg.samples_per_step]:
+        fsamp.write(json.dumps(dict(step=row['step'], problem_id=r.problem_id, source=r.source, reward=r.reward,
+                                    passed=r.passed, gt_correct=r.gt_correct, exploited=r.exploited,
+                                    mechanism=r.mechanism, completion=r.completion[:4000])) + '\n')
+    fsamp.flush()
+    return row
+
+# %% ../nbs/06_train_loop.ipynb
 def main(cfg: Config, progress=True, nan_hook=None) -> dict:
     "Train one run as the seed's loop; returns `{'run_dir', 'rows', 'bluf'}`. Resumes a run folder with a checkpoint."
     cfg = validate(cfg)
@@ -241,112 +346,37 @@ def main(cfg: Config, progress=True, nan_hook=None) -> dict:
     if (d/'bluf.md').exists():
         rows = read_rows(d/'rows.jsonl'); print(f"{d} is finished ({len(rows)} rows); nothing to do")
         return dict(run_dir=d, rows=rows, bluf=(d/'bluf.md').read_text())
-    if cfg.threads: torch.set_num_threads(cfg.threads)
-    random.seed(cfg.seed); torch.manual_seed(cfg.seed)
-    rng = random.Random(cfg.seed)
-
-    model, tok = load_model(cfg.model, cfg.dtype, cfg.device, seed=cfg.seed)
-    wrappers = wrap(model)
-    opt = make_optimizer(wrappers, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay,
-                         hack_weight_decay=cfg.weight_decay_hack)
-    sched = warmup_cosine(opt, cfg.steps, cfg.warmup_frac)
-
-    train, held = setup_problems(cfg)
-    pool = setup_pool(cfg, train, model, wrappers, tok)
-    G_s, G_t = split_group(cfg.group, cfg.mix_ratio if pool is not None else 0.0)
-    sampling = Sampling(cfg.max_new, cfg.temperature, cfg.top_p, cfg.top_k)
-    pairs = setup_pairs(cfg, train, pool) if cfg.intervention != 'none' else None
-    vh = None if cfg.intervention == 'none' else get_basis(cfg, model, wrappers, tok, pairs)
-
-    start, extra = 0, dict(refresh_stopped=False)
+    st = setup_run(cfg, d)
+    start = 0
     if (d/'ckpt.safetensors').exists():
-        start, extra = load_ckpt(d, wrappers, opt, sched, rng)
-        if vh is not None: vh = load_vhack(d/'v_hack.safetensors', device=cfg.device)
+        start, st.extra = load_ckpt(d, st.wrappers, st.opt, st.sched, st.rng)
+        if st.vh is not None:
+            st.vh = load_vhack(d/'v_hack.safetensors', device=cfg.device); st.null = cin_null(st.vh.V, st.wrappers)
         print(f"resuming {d} at step {start}")
-    elif vh is not None: save_vhack(vh, d/'v_hack.safetensors')
-    truncate_rows(d/'rows.jsonl', start)
+    elif st.vh is not None: save_vhack(st.vh, d/'v_hack.safetensors')
+    for f in ('rows.jsonl', 'samples.jsonl'): truncate_rows(d/f, start)
     rows = read_rows(d/'rows.jsonl')
-    null = cin_null(vh.V, wrappers) if vh is not None else None
-
     bar = tqdm(range(start, cfg.steps), desc=f'{cfg.preset}·{cfg.arm}·s{cfg.seed}', disable=not progress,
                initial=start, total=cfg.steps)
     with open(d/'rows.jsonl', 'a') as frows, open(d/'samples.jsonl', 'a') as fsamp:
         for step in bar:
-            t0 = time.time(); t = dict(t_gen=0., t_grade=0., t_bwd=0.)
-            opt.zero_grad(set_to_none=True)
-            g_s = {n: torch.zeros_like(k.dS) for n, k in wrappers.items()}; g_t = {n: torch.zeros_like(k.dS) for n, k in wrappers.items()}
-            rollouts, n_zero, losses, kls = [], 0, [], []
-            # ── accumulate the gradient over P prompts ──────────────────────────────────────────────
-            for _ in range(cfg.prompts_per_step):
-                prob = train[rng.randrange(len(train))]
-                group = collect_group(model, wrappers, tok, prob, pool.rows(prob.id) if pool is not None and G_t else [],
-                                      G_s, G_t, sampling, rng=rng, batch_size=cfg.gen_batch_size, timings=t)
-                rollouts += group
-                tb = time.time()
-                try:
-                    res = grpo_backward(model, wrappers, tok, group, beta=cfg.beta, clip=cfg.clip, unbiased=cfg.unbiased,
-                                        max_new=cfg.max_new, temperature=cfg.temperature, scale=1 / cfg.prompts_per_step)
-                except FloatingPointError as e: raise FloatingPointError(f"step {step}: {e}") from e
-                t['t_bwd'] += time.time() - tb
-                if res['skipped']: n_zero += 1; continue
-                for n in wrappers: g_s[n] += res['g_s'][n]; g_t[n] += res['g_t'][n]
-                losses.append(res['loss']); kls.append(res['kl'])
-            if nan_hook is not None: nan_hook(step, wrappers)
-            for n, k in wrappers.items():
-                if k.dS.grad is not None and not torch.isfinite(k.dS.grad).all():
-                    raise FloatingPointError(f"step {step}: NaN/inf in δS.grad of module {n}")
-            # ── intervene ──────────────────────────────────────────────────────────────────────────
-            row = dict(step=step, lr=sched.get_last_lr()[0], **step_stats(rollouts),
-                       loss=_mean(losses), kl=_mean(kls), frac_zero_var=n_zero / cfg.prompts_per_step)
-            have_grad = n_zero < cfg.prompts_per_step
-            if vh is not None and have_grad:
-                row.update(cin_s=cos_in(g_s, vh.V), cin_t=cos_in(g_t, vh.V) if G_t else None)
-                pr = project_all(wrappers, vh.V, mode=cfg.intervention, gate_mode=cfg.gate_mode,
-                                 overshoot=cfg.project_overshoot, preserve_magnitude=cfg.preserve_magnitude)
-                row.update(cin=pr['cin'], cout=pr['cout'], fired=pr['fired'])
-            row['cin_null'] = null
-            # ── step ───────────────────────────────────────────────────────────────────────────────
-            if have_grad:
-                row['gn'] = float(torch.nn.utils.clip_grad_norm_(knobs(wrappers), cfg.grad_clip))
-                up = optimizer_step(opt, wrappers, vh.V if vh is not None else None, mode=cfg.intervention,
-                                    adam_aware=cfg.adam_aware, gate_mode=cfg.gate_mode)
-                row.update(cout_update=up['cout_update'], cout_update_raw=up['cout_update_raw'])
-            sched.step()
-            for n, k in wrappers.items():
-                for w in ('dS', 'dS_hack'):
-                    if not torch.isfinite(getattr(k, w)).all():
-                        raise FloatingPointError(f"step {step}: NaN/inf in {w} of module {n} after the optimizer step")
-            row.update(knob_norms(wrappers))
-            # ── online refresh, quarantine ablated, overlap-guarded ────────────────────────────────
-            if vh is not None and cfg.vhack_refresh_every and step > 0 and step % cfg.vhack_refresh_every == 0 \
-                    and not extra['refresh_stopped']:
-                new = get_basis(cfg, model, wrappers, tok, pairs, refresh=True)
-                ov = basis_overlap(new.V, vh.V); row['basis_overlap'] = ov
-                if ov < cfg.refresh_min_overlap:
-                    msg = f"step {step}: refreshed V overlaps the old one only {ov:.3f} < {cfg.refresh_min_overlap}"
-                    if cfg.refresh_on_low_overlap == 'stop':
-                        extra['refresh_stopped'] = True; warnings.warn(msg + '; keeping the old V and refreshing no more')
-                    else: warnings.warn(msg + '; using it anyway (refresh_on_low_overlap="warn")'); vh = new
-                else: vh = new
-                null = cin_null(vh.V, wrappers)
-            # ── deploy eval ────────────────────────────────────────────────────────────────────────
-            if step % cfg.eval_ablate_every == 0 or step == cfg.steps - 1:
-                ev = deploy_eval(cfg, model, wrappers, tok, held, step, sampling)
-                row.update({k: v for k, v in ev.items() if k != 'eval_mech'})
-            row.update(t, t_step=time.time() - t0)
-            row = finite_row({k: (float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and k != 'step' else v)
-                              for k, v in row.items()}, step)
-            row = {**{k: row.get(k) for k in ROW_KEYS}, **{k: v for k, v in row.items() if k not in ROW_KEYS}}
-            frows.write(json.dumps(row) + '\n'); frows.flush(); rows.append(row)
-            for r in rollouts[:cfg.samples_per_step]:
-                fsamp.write(json.dumps(dict(step=step, problem_id=r.problem_id, source=r.source, reward=r.reward,
-                                            passed=r.passed, gt_correct=r.gt_correct, exploited=r.exploited,
-                                            mechanism=r.mechanism, completion=r.completion[:4000])) + '\n')
-            fsamp.flush()
+            t0 = time.time()
+            try:
+                row, rollouts = train_step(st, step, nan_hook)
+                if st.vh is not None and cfg.vhack_refresh_every and step > 0 and step % cfg.vhack_refresh_every == 0 \
+                        and not st.extra['refresh_stopped']:
+                    row['basis_overlap'] = refresh_basis(st, step)
+                if step % cfg.eval_ablate_every == 0 or step == cfg.steps - 1:
+                    row.update(deploy_eval(cfg, st.model, st.wrappers, st.tok, st.held, step, st.sampling))
+                row['t_step'] = time.time() - t0
+                rows.append(_log(st, row, rollouts, frows, fsamp))
+            except FloatingPointError as e:                 # every NaN/inf error names its step
+                if str(e).startswith(f'step {step}:'): raise
+                raise FloatingPointError(f"step {step}: {e}") from e
             bar.set_postfix(R=f"{row['reward'] or 0:.2f}", hack=f"{row['hack_s'] or 0:.2f}",
                             cin=f"{row['cin_s']:.2f}" if row.get('cin_s') is not None else '-')
             if (step + 1) % cfg.ckpt_every == 0 or step == cfg.steps - 1:
-                save_ckpt(d, step, wrappers, opt, sched, rng, extra, vh)
+                save_ckpt(d, step, st.wrappers, st.opt, st.sched, st.rng, st.extra, st.vh)
     text = bluf(cfg, rows, d)
     print(text)
     return dict(run_dir=d, rows=rows, bluf=text)
