@@ -12,15 +12,6 @@ from vhack.extract import (CONTROLS, FORMAT, NONHACK_TAG, PROVENANCE_KEYS, VHack
                            pairs_hash, postprocess_v_hack, random_basis, resolve_or_extract, save_vhack)
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    "Tiny tensors gain nothing from intra-op threads, and on a shared CPU the threads stall each other (50x here)."
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def mkpair(id, hack=None, clean=None, tags=('hack',), **kw):
     return SimpleNamespace(id=id, mode='run_tests', tags=list(tags),
                            messages=[{'role': 'system', 'content': 'Write Python.'},

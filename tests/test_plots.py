@@ -317,10 +317,13 @@ def test_make_figures(demo, tmp_path):
     tmp, _ = demo
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        summary, paths = make_figures(str(tmp/'runs'/'*'), tmp_path/'figs')
-    assert sorted(p.name for p in paths) == sorted(f'{n}.{e}' for n in ('hack_solve', 'cosines', 'reward_overlap')
-                                                    for e in ('png', 'svg'))
+        summary, paths = make_figures(str(tmp/'runs'/'*'), tmp_path/'figs', prefix='x_')
+    assert sorted(p.name for p in paths) == sorted([f'x_{n}.{e}' for n in ('hack_solve', 'cosines', 'reward_overlap')
+                                                    for e in ('png', 'svg')] + ['x_summary.md', 'x_rows.csv'])
     assert all(p.stat().st_size > 0 for p in paths)
+    rows = pd.read_csv(tmp_path/'figs'/'x_rows.csv')
+    assert {'run_id', 'arm', 'seed', 'step', 'hack_deploy'} <= set(rows.columns) and len(rows) > 0
+    assert 'route' in (tmp_path/'figs'/'x_summary.md').read_text()
     assert list(summary.index) == ['none', 'erase', 'route', 'erase+random']
 
 

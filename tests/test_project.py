@@ -11,15 +11,6 @@ from vhack.project import (ADAM_AWARE, GATE_MODES, cin_null, cos_in, cout_update
                            project_all, project_moments, project_one, project_update, snapshot)
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    "Tiny tensors gain nothing from intra-op threads, and on a shared CPU the threads stall each other (50x here)."
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def orth(k, r, seed=0):
     return random_basis({'x': (k, r)}, seed)['x']
 

@@ -4,10 +4,10 @@
 
 # %% auto 0
 __all__ = ['INTERVENTIONS', 'V_CONTROLS', 'ARM_COLORS', 'ARM_ORDER', 'ROW_COLUMNS', 'RUN_COLUMNS', 'SUMMARY_METRICS', 'FIGURES',
-           'arm_label', 'parse_arm', 'arm_order', 'arm_palette', 'RunFolderError', 'RunFolderWarning', 'SchemaNote',
-           'read_run', 'load_runs', 'synthetic_runs', 'summary_table', 'summary_markdown', 'plot_metrics',
+           'COMPACT', 'arm_label', 'parse_arm', 'arm_order', 'arm_palette', 'RunFolderError', 'RunFolderWarning',
+           'SchemaNote', 'read_run', 'load_runs', 'synthetic_runs', 'summary_table', 'summary_markdown', 'plot_metrics',
            'plot_hack_solve', 'plot_cosines', 'plot_reward_overlap', 'save_figure', 'numeric_metrics', 'picker',
-           'make_figures']
+           'compact_rows', 'make_figures']
 
 # %% ../nbs/07_dynamics_plots.ipynb
 import glob, json, math, os, tempfile, warnings, zlib
@@ -458,13 +458,25 @@ def picker(df:pd.DataFrame, metrics=('hack_s', 'hack_deploy', 'solve_s', 'solve_
 # %% ../nbs/07_dynamics_plots.ipynb
 FIGURES = {'hack_solve': plot_hack_solve, 'cosines': plot_cosines, 'reward_overlap': plot_reward_overlap}
 
-def make_figures(runs='runs/*', out_dir='figures', title_suffix:str='') -> tuple[pd.DataFrame, list[Path]]:
-    "Draw and save figures (a) `hack_solve`, (b) `cosines`, (c) `reward_overlap` of `runs` (a glob, folders, or a `load_runs` table); returns `(summary_table, paths)`."
+COMPACT = ('reward', 'hack_s', 'solve_s', 'hack_t', 'hack_kept', 'solve_kept', 'hack_deploy', 'solve_deploy',
+           'cin_s', 'cin_t', 'cout', 'cout_update', 'cin_null', 'dS_norm', 'dS_hack_norm')
+
+def compact_rows(df:pd.DataFrame, metrics=COMPACT) -> pd.DataFrame:
+    "The few columns a reader needs to redraw the figures: one line per (run, step), 4 significant digits."
+    cols = ['run_id', 'arm', 'seed', 'step'] + [m for m in metrics if m in df.columns]
+    return df[cols].sort_values(['arm', 'seed', 'step']).round(4)
+
+def make_figures(runs='runs/*', out_dir='figures', title_suffix:str='', prefix:str='') -> tuple[pd.DataFrame, list[Path]]:
+    "Draw and save figures (a) `hack_solve`, (b) `cosines`, (c) `reward_overlap` of `runs` (a glob, folders, or a `load_runs` table), plus `summary.md` and the compact `rows.csv`; returns `(summary_table, paths)`."
     df = runs if isinstance(runs, pd.DataFrame) else load_runs(runs)
     paths = []
     for name, plot in FIGURES.items():
         fig = plot(df)
         if title_suffix: fig.suptitle(fig.get_suptitle() + title_suffix, fontsize=11)
-        paths += save_figure(fig, name, out_dir)
+        paths += save_figure(fig, prefix + name, out_dir)
         plt.close(fig)
-    return summary_table(df), paths
+    tab = summary_table(df)
+    out = Path(out_dir)
+    (out/f'{prefix}summary.md').write_text(summary_markdown(tab) + '\n')
+    compact_rows(df).to_csv(out/f'{prefix}rows.csv', index=False)
+    return tab, paths + [out/f'{prefix}summary.md', out/f'{prefix}rows.csv']
