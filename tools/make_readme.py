@@ -22,7 +22,8 @@ def render(nb_path=root/'nbs'/'index.ipynb') -> str:
                               or o.get('data', {}).get('text/plain', ''))
                 if txt.strip(): out.append(txt.strip('\n') if 'text/markdown' in o.get('data', {}) else
                                            '```\n' + txt.strip('\n') + '\n```')
-    return '<!-- generated from nbs/index.ipynb by tools/make_readme.py: edit the notebook -->\n\n' + '\n\n'.join(out) + '\n'
+    text = '\n\n'.join(out).replace('](../figures/', '](figures/')      # notebook paths → repo-root paths
+    return '<!-- generated from nbs/index.ipynb by tools/make_readme.py: edit the notebook -->\n\n' + text + '\n'
 
 if __name__ == '__main__':
     text, readme = render(), root/'README.md'

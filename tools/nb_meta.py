@@ -3,7 +3,7 @@ authoring metadata. Idempotent; run before nbdev_clean."""
 import json
 from pathlib import Path
 
-KS = {'display_name': 'Python 3 (ipykernel)', 'language': 'python', 'name': 'python3'}
+KS = {'display_name': 'python3', 'language': 'python', 'name': 'python3'}   # as nbdev_clean writes it
 for f in sorted((Path(__file__).resolve().parent.parent/'nbs').glob('*.ipynb')):
     nb = json.loads(f.read_text())
     meta = {k: v for k, v in nb.get('metadata', {}).items() if k != 'jupytext'}
