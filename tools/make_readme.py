@@ -1,7 +1,7 @@
 """Write README.md from nbs/index.ipynb (quarto, and so `nbdev_readme`, is unavailable here).
 
 Markdown cells are copied; code cells are shown as python blocks with their text outputs, except cells whose
-first line is `#| hide`. `--check` exits 1 when README.md is out of date instead of writing it.
+first line is `#| hide`; cells marked `#| echo: false` show only their output. `--check` exits 1 when README.md is out of date instead of writing it.
 """
 import sys, json
 from pathlib import Path
@@ -16,7 +16,8 @@ def render(nb_path=root/'nbs'/'index.ipynb') -> str:
         if not src or src.startswith('#| hide'): continue
         if c['cell_type'] == 'markdown': out.append(src)
         elif c['cell_type'] == 'code':
-            out.append('```python\n' + '\n'.join(l for l in src.splitlines() if not l.startswith('#|')) + '\n```')
+            if '#| echo: false' not in src.splitlines():
+                out.append('```python\n' + '\n'.join(l for l in src.splitlines() if not l.startswith('#|')) + '\n```')
             for o in c.get('outputs', []):
                 txt = ''.join(o.get('text', '') or o.get('data', {}).get('text/markdown', '')
                               or o.get('data', {}).get('text/plain', ''))

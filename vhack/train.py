@@ -163,8 +163,7 @@ def setup_pairs(cfg: Config, train, pool):
     if cfg.pairs == 'pool':
         if pool is None: raise ValueError("pairs='pool' needs a teacher pool (teacher != 'none')")
         return pairs_from_pool(pool, train, max_pairs=32, seed=cfg.seed)
-    tags = None
-    return load_pairs(mode=cfg.env_mode, tags=tags) + (load_pairs(tags=['control_nonhack']) if cfg.v_control == 'nonhack' else [])
+    return load_pairs(mode=cfg.env_mode) + (load_pairs(tags=['control_nonhack']) if cfg.v_control == 'nonhack' else [])
 
 def v_path(cfg: Config) -> Path:
     "Where the run's basis is cached (provenance decides whether it is reused)."
