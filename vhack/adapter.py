@@ -174,12 +174,13 @@ def merged(wrappers):
         with torch.no_grad():
             for k in wrappers.values():
                 W = k.linear.weight
-                saved.append((k, W.detach().clone(), k.bypass))
+                saved.append((k, W.detach().clone()))
                 s = k.dS + k.dS_hack
                 if bool(s.any()):
                     W.copy_((W.float() + (k.U.float() * s) @ k.Vh.float()).to(W.dtype))
-                k.bypass = True
+                k.handle.remove()          # no hook at all: a hooked Linear takes torch's slower call path
         yield wrappers
     finally:
         with torch.no_grad():
-            for k, W0, byp in saved: k.linear.weight.copy_(W0); k.bypass = byp
+            for k, W0 in saved:
+                k.linear.weight.copy_(W0); k.handle = k.linear.register_forward_hook(k._hook)
