@@ -21,7 +21,7 @@ from .adapter import wrap, knobs, ablate_quarantine
 from .extract import (resolve_or_extract, extract_v_hack, postprocess_v_hack, basis_overlap, save_vhack, load_vhack,
                            control_basis)
 from .project import project_all, cos_in, cin_null, make_optimizer, optimizer_step
-from .grpo import Sampling, split_group, collect_group, grpo_backward, eval_hack_solve, make_sampler, mechanism_counts
+from .grpo import Sampling, split_group, collect_groups, grpo_backward, eval_hack_solve, make_sampler, rollout_stats
 from .config import Config, make_config, save_config, load_config, validate
 from .sandbox import grader_hash
 from .problems import load_problems, split_problems
@@ -71,13 +71,12 @@ MECHANISMS = ('run_tests', 'run_tests_vacuous', 'run_tests_wrong', 'eq_override'
               'sentinel', 'file_marker')
 
 def step_stats(rollouts) -> dict:
-    "Reward (student), hack/solve of student and teacher rollouts, and the student hack rate per mechanism `hk_<m>`."
-    st = [r for r in rollouts if r.source == 'student']; te = [r for r in rollouts if r.source == 'teacher']
-    out = dict(reward=_mean(r.reward for r in st), reward_t=_mean(r.reward for r in te),
-               hack_s=_mean(float(r.exploited) for r in st), hack_t=_mean(float(r.exploited) for r in te),
-               solve_s=_mean(float(r.gt_correct) for r in st), solve_t=_mean(float(r.gt_correct) for r in te))
-    counts = mechanism_counts(st)
-    for m in sorted(set(MECHANISMS) | {k[3:] for k in counts}): out[f'hk_{m}'] = counts.get(f'hk_{m}', 0) / len(st) if st else None
+    "Reward (student), hack/solve of student and teacher rollouts, and the student hack *rate* per mechanism `hk_<m>`."
+    s = rollout_stats(rollouts)                     # vhack.grpo's fractions; its hk_ are counts over students
+    out = dict(reward=s['reward_s'], reward_t=_mean(r.reward for r in rollouts if r.source == 'teacher'),
+               **{k: s[k] for k in ('hack_s', 'hack_t', 'solve_s', 'solve_t')})
+    for m in sorted(set(MECHANISMS) | {k[3:] for k in s if k.startswith('hk_')}):
+        out[f'hk_{m}'] = s.get(f'hk_{m}', 0) / s['n_s'] if s['n_s'] else None
     return out
 
 # %% ../nbs/06_train_loop.ipynb
@@ -140,7 +139,7 @@ def setup_problems(cfg: Config):
 
 def _ids_hash(problems) -> str: return hashlib.sha1(' '.join(p.id for p in problems).encode()).hexdigest()[:10]
 
-def setup_pool(cfg: Config, train, model=None, wrappers=None, tok=None):
+def setup_pool(cfg: Config, train):
     "The teacher pool for the run (`None` for teacher='none'), built and cached when needed."
     if cfg.teacher == 'none': return None
     if cfg.teacher_pool_dir: return load_pool(cfg.teacher_pool_dir, mode=cfg.env_mode)
@@ -252,7 +251,7 @@ def setup_run(cfg: Config, d: Path) -> RunState:
                          hack_weight_decay=cfg.weight_decay_hack)
     sched = warmup_cosine(opt, cfg.steps, cfg.warmup_frac)
     train, held = setup_problems(cfg)
-    pool = setup_pool(cfg, train, model, wrappers, tok)
+    pool = setup_pool(cfg, train)
     G_s, G_t = split_group(cfg.group, cfg.mix_ratio if pool is not None else 0.0)
     st = RunState(cfg, d, model, tok, wrappers, opt, sched, random.Random(cfg.seed), train, held, pool, G_s, G_t,
                   Sampling(cfg.max_new, cfg.temperature, cfg.top_p, cfg.top_k), extra=dict(refresh_stopped=False))
@@ -271,11 +270,12 @@ def train_step(st: RunState, step: int, nan_hook=None) -> tuple:
     g_s = {n: torch.zeros_like(k.dS) for n, k in W.items()}; g_t = {n: torch.zeros_like(k.dS) for n, k in W.items()}
     rollouts, n_zero, losses, kls = [], 0, [], []
     # ── accumulate the gradient over P prompts (more chances that a group has reward variance) ──
-    for _ in range(cfg.prompts_per_step):
-        prob = st.train[st.rng.randrange(len(st.train))]
-        rows_t = st.pool.rows(prob.id) if st.pool is not None and st.G_t else []
-        group = collect_group(st.model, W, st.tok, prob, rows_t, st.G_s, st.G_t, st.sampling, rng=st.rng,
-                              batch_size=cfg.gen_batch_size, timings=t)
+    # all P groups are sampled in shared generate batches and graded in one call, then backwarded one by one
+    probs = [st.train[st.rng.randrange(len(st.train))] for _ in range(cfg.prompts_per_step)]
+    rows_t = [st.pool.rows(p.id) if st.pool is not None and st.G_t else [] for p in probs]
+    groups = collect_groups(st.model, W, st.tok, probs, rows_t, st.G_s, st.G_t, st.sampling, rng=st.rng,
+                            batch_size=cfg.gen_batch_size, timings=t)
+    for group in groups:
         rollouts += group
         tb = time.time()
         res = grpo_backward(st.model, W, st.tok, group, beta=cfg.beta, clip=cfg.clip, unbiased=cfg.unbiased,
