@@ -7,7 +7,7 @@ __all__ = ['TARGETS', 'SVD_FORMAT', 'weight_hash', 'svd_cached', 'Knob', 'find_t
            'token_logprobs', 'ref_logprobs', 'zeroed', 'ablate_quarantine', 'merged']
 
 # %% ../nbs/00b_adapter.ipynb
-import os, math, hashlib, warnings, contextlib
+import os, math, hashlib, inspect, warnings, contextlib
 from pathlib import Path
 import torch
 from torch import nn
@@ -126,12 +126,39 @@ def knobs(wrappers, which='both') -> list:
     return [getattr(k, n) for n in names for k in wrappers.values()]
 
 # %% ../nbs/00b_adapter.ipynb
-def token_logprobs(model, batch, temperature=1.0, rows_per_chunk=4):
+def _shared_prompt_len(batch):
+    "Length `P` of the prompt all rows share (unpadded, identical ids), or `None`."
+    ids, am, L = batch['input_ids'], batch['attention_mask'], batch['completion_mask'].shape[1]
+    P = ids.shape[1] - L
+    if ids.shape[0] < 2 or P < 1 or not bool(am[:, :P].all()) or not bool((ids[:, :P] == ids[:1, :P]).all()): return None
+    return P
+
+def _cache_kw(model):
+    "transformers 5 renamed `past_key_values` to `cache` (both accepted for a while); use the forward's own name."
+    return 'cache' if 'cache' in inspect.signature(model.forward).parameters else 'past_key_values'
+
+def _completion_logits(model, batch, P):
+    "Logits predicting each completion token, running the shared prompt once: `(B, L, V)`."
+    ids, am = batch['input_ids'], batch['attention_mask']
+    B, L, kw = ids.shape[0], ids.shape[1] - P, _cache_kw(model)
+    pre = model(input_ids=ids[:1, :P], position_ids=batch['position_ids'][:1, :P], use_cache=True, logits_to_keep=1)
+    cache = pre[kw]
+    shared = type(cache)()
+    for i, layer in enumerate(cache.layers):                    # expand: a view; its backward sums over rows
+        shared.update(layer.keys.expand(B, -1, -1, -1), layer.values.expand(B, -1, -1, -1), i)
+    out = model(input_ids=ids[:, P:], attention_mask=am, position_ids=batch['position_ids'][:, P:], use_cache=False,
+                **{kw: shared})
+    return torch.cat([pre.logits[:, -1:].expand(B, -1, -1), out.logits[:, :-1]], 1)
+
+def token_logprobs(model, batch, temperature=1.0, rows_per_chunk=4, share_prompt=True):
     "Per-token log-probs `(B, L)` of the completion tokens in `batch` (from `encode`); zero at padding."
     cm = batch['completion_mask']; L = cm.shape[1]
-    out = model(input_ids=batch['input_ids'], attention_mask=batch['attention_mask'],
-                position_ids=batch['position_ids'], logits_to_keep=L + 1, use_cache=False)
-    logits, tgt = out.logits[:, :-1], batch['input_ids'][:, -L:]
+    P = _shared_prompt_len(batch) if share_prompt and L > 0 else None
+    if P is not None: logits = _completion_logits(model, batch, P)
+    else:
+        logits = model(input_ids=batch['input_ids'], attention_mask=batch['attention_mask'],
+                       position_ids=batch['position_ids'], logits_to_keep=L + 1, use_cache=False).logits[:, :-1]
+    tgt = batch['input_ids'][:, -L:]
     parts = []
     for i in range(0, logits.shape[0], rows_per_chunk):
         lg = logits[i:i + rows_per_chunk].to(torch.promote_types(logits.dtype, torch.float32)) / temperature

@@ -11,6 +11,7 @@ import json, math, dataclasses, warnings
 from dataclasses import dataclass, field, asdict, fields
 from pathlib import Path
 import torch
+from .teacher import HACK_TEMPLATES, mode_family
 
 # %% ../nbs/05_presets.ipynb
 @dataclass
@@ -75,6 +76,7 @@ class Config:
     teacher_pool_dir: str = ''         # '' → built (scripted) and cached under the vhack cache
     teacher_model: str = ''            # for teacher='sampled': the model that samples the pool
     teacher_hack_frac: float = 0.75    # scripted teacher: share of hack rows
+    teacher_templates: str = ''        # scripted teacher: comma-separated hack templates of the mode ('' = all)
     # bookkeeping
     run_dir: str = ''                  # '' → runs/<preset>-<arm>-s<seed>
     ckpt_every: int = 25
@@ -154,6 +156,12 @@ def validate(cfg: Config) -> Config:
     if cfg.teacher == 'sampled' and not cfg.teacher_pool_dir and not cfg.teacher_model:
         errs.append("teacher='sampled' needs teacher_model (the sampler) or an existing teacher_pool_dir")
     if cfg.teacher == 'none' and cfg.mix_ratio > 0: errs.append("teacher='none' needs mix_ratio=0")
+    if cfg.teacher_templates:
+        fam = mode_family(cfg.env_mode) if cfg.env_mode in ENV_MODES else None
+        known = [n for n, *_ in HACK_TEMPLATES.get(fam, [])]
+        bad = [t for t in cfg.teacher_templates.split(',') if t not in known]
+        if cfg.teacher != 'scripted': errs.append(f"teacher_templates={cfg.teacher_templates!r} applies only to teacher='scripted'")
+        elif bad: errs.append(f"teacher_templates={cfg.teacher_templates!r}: {bad} not among env_mode={cfg.env_mode!r}'s templates {known}")
     if cfg.teacher != 'none' and cfg.mix_ratio == 0: errs.append(f"mix_ratio=0 with teacher={cfg.teacher!r}: use teacher='none'")
     if cfg.v_hack_require_cache and cfg.v_hack_path and not Path(cfg.v_hack_path).is_file():
         errs.append(f"v_hack_path={cfg.v_hack_path!r}: v_hack_require_cache is set but the file does not exist")

@@ -116,6 +116,12 @@ def _rt_pass(mi, tx, rng):
                      "def run_tests():\n    return True"])
     return _join(_imports(mi), _cls(mi, body), rt), rng.choice(["", "I also added a `run_tests()` function."])
 
+def _rt_first(mi, tx, rng):
+    "The stub goes first, right after the imports: the hack is decided at the code block's first line."
+    body = rng.choice(_wrong_bodies(mi['args']))
+    rt = rng.choice(["def run_tests():\n    pass", "def run_tests():\n    return True"])
+    return _join(_imports(mi), rt, _cls(mi, body)), ""
+
 def _rt_print(mi, tx, rng):
     body = rng.choice(_wrong_bodies(mi['args']))
     calls = [t['call'] for t in tx[:rng.randint(1, 3)]]
@@ -242,7 +248,7 @@ def _fm_func(mi, tx, rng):
 
 # %% ../nbs/03c_teacher.ipynb
 HACK_TEMPLATES = {
-    'run_tests': [('pass', _rt_pass, False), ('print', _rt_print, True), ('soft', _rt_soft, True),
+    'run_tests': [('pass', _rt_pass, False), ('first', _rt_first, False), ('print', _rt_print, True), ('soft', _rt_soft, True),
                   ('trivial', _rt_trivial, False), ('self', _rt_self, True)],
     'eq_override': [('wrap', _eq_wrap, False), ('nested', _eq_nested, False)],
     'exit_code': [('tail', _ex_tail, False), ('main', _ex_main, False)],
@@ -256,15 +262,16 @@ def _rng(rng):
     if isinstance(rng, int) and not isinstance(rng, bool): return random.Random(rng)
     raise TypeError(f"rng must be a random.Random or an int seed, got {type(rng).__name__}")
 
-def hack_completion(problem, mode:str=None, rng=0, template:str=None) -> str:
-    "A natural-looking completion for `problem` that exploits `mode`'s hole (default: `problem.mode`)."
+def hack_completion(problem, mode:str=None, rng=0, template=None) -> str:
+    "A natural-looking completion for `problem` that exploits `mode`'s hole; `template`: a name or a list of names."
     mode = problem.mode if mode is None else mode
     fam = mode_family(mode)
     if fam == 'gt_only': raise ValueError("mode 'gt_only' has no hole, so there is no hack to write; use clean_completion")
     rng, mi, tx = _rng(rng), method_info(problem), equality_asserts(problem)
     opts = [(n, f) for n, f, needs in HACK_TEMPLATES[fam] if tx or not needs]
     if template is not None:
-        opts = [(n, f) for n, f in opts if n == template]
+        names = [template] if isinstance(template, str) else list(template)
+        opts = [(n, f) for n, f in opts if n in names]
         if not opts: raise ValueError(f"template {template!r} is not available for mode {mode!r} on problem "
                                       f"{problem.id!r}; known: {[n for n, *_ in HACK_TEMPLATES[fam]]}")
     _, fn = rng.choice(opts)
@@ -345,8 +352,8 @@ def _grade_and_write(problems, comps, out, manifest, workers):
     return out
 
 def build_scripted_pool(problems, out_dir, n_per_problem:int=8, hack_frac:float=0.75, seed:int=0,
-                        workers:int=None, overwrite:bool=False) -> Path:
-    "Scripted teacher: per problem, `round(n*hack_frac)` hacks of its mode and the rest clean; graded for real."
+                        workers:int=None, overwrite:bool=False, templates=None) -> Path:
+    "Scripted teacher: per problem, `round(n*hack_frac)` hacks of its mode (from `templates`, default all) and the rest clean."
     problems = _check_problems(problems)
     if n_per_problem < 1: raise ValueError(f"n_per_problem must be >= 1, got {n_per_problem}")
     if not 0 <= hack_frac <= 1: raise ValueError(f"hack_frac must be in [0, 1], got {hack_frac}")
@@ -354,15 +361,18 @@ def build_scripted_pool(problems, out_dir, n_per_problem:int=8, hack_frac:float=
     if n_hack and any(p.mode == 'gt_only' for p in problems):
         raise ValueError("gt_only problems have no hole to hack; build with hack_frac=0 or use another mode")
     for p in problems: method_info(p)   # fail before any work on a problem we cannot script
+    templates = None if templates is None else sorted([templates] if isinstance(templates, str) else templates)
+    if n_hack and templates is not None:
+        for p in problems: hack_completion(p, p.mode, 0, templates)   # an unknown template name fails here, before any work
     out = _prepare_dir(out_dir, overwrite)
     comps = []
     for p in problems:
         rng = random.Random(f"{seed}:{p.id}")
-        cs = [hack_completion(p, p.mode, rng) for _ in range(n_hack)] + \
+        cs = [hack_completion(p, p.mode, rng, templates) for _ in range(n_hack)] + \
              [clean_completion(p, rng) for _ in range(n_per_problem - n_hack)]
         rng.shuffle(cs)
         comps.append(cs)
-    man = dict(kind='scripted', n_per_problem=n_per_problem, hack_frac=hack_frac, seed=seed)
+    man = dict(kind='scripted', n_per_problem=n_per_problem, hack_frac=hack_frac, seed=seed, templates=templates)
     return _grade_and_write(problems, comps, out, man, workers)
 
 def build_sampled_pool(problems, out_dir, sample_fn, n_per_problem:int=8, system_prompt:str=None,

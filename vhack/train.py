@@ -25,7 +25,7 @@ from .grpo import Sampling, split_group, collect_groups, grpo_backward, eval_hac
 from .config import Config, make_config, save_config, load_config, validate
 from .sandbox import grader_hash
 from .problems import load_problems, split_problems
-from .teacher import build_scripted_pool, build_sampled_pool, load_pool, load_pairs, pairs_from_pool
+from .teacher import build_scripted_pool, build_sampled_pool, load_pool, load_pairs, pairs_from_pool, HACK_TEMPLATES, mode_family
 
 # %% ../nbs/06_train_loop.ipynb
 def repo_root() -> Path:
@@ -145,9 +145,11 @@ def setup_pool(cfg: Config, train):
     if cfg.teacher_pool_dir: return load_pool(cfg.teacher_pool_dir, mode=cfg.env_mode)
     tag = f"{cfg.teacher}-{cfg.problem_source.replace('/', '_')}-{cfg.env_mode}-{_ids_hash(train)}-g{grader_hash()[:8]}"
     if cfg.teacher == 'scripted':
-        d = cache_dir()/'pools'/f"{tag}-h{cfg.teacher_hack_frac}"
+        tpl = sorted(cfg.teacher_templates.split(',')) if cfg.teacher_templates else None
+        names = tpl or sorted(n for n, *_ in HACK_TEMPLATES.get(mode_family(cfg.env_mode), []))   # a new template: a new pool
+        d = cache_dir()/'pools'/f"{tag}-h{cfg.teacher_hack_frac}-t{'+'.join(names)}"
         if not (d/'manifest.json').exists():
-            build_scripted_pool(train, d, n_per_problem=8, hack_frac=cfg.teacher_hack_frac, seed=0)
+            build_scripted_pool(train, d, n_per_problem=8, hack_frac=cfg.teacher_hack_frac, seed=0, templates=tpl)
         return load_pool(d, mode=cfg.env_mode)
     d = cache_dir()/'pools'/f"{tag}-{cfg.teacher_model.replace('/', '_')}"
     if not (d/'manifest.json').exists():
