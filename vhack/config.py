@@ -91,9 +91,10 @@ class Config:
 PRESETS = {
     'smoke': dict(model='tiny', device='cpu', dtype='float32', steps=30, group=2, prompts_per_step=2,
                   max_new=24, eval_ablate_every=10, n_eval=4, n_problems=12, v_hack_k=2, ckpt_every=25, threads=1),
-    'smol': dict(model='smollm2', device='cpu', dtype='float32', steps=24, group=8, prompts_per_step=1,
-                 max_new=128, mix_ratio=0.75, lr=5e-3, eval_ablate_every=6, n_eval=8, v_hack_k=4,
-                 gen_batch_size=8, threads=1),
+    'smol': dict(model='smollm2', device='cpu', dtype='float32', steps=40, group=8, prompts_per_step=1,
+                 max_new=128, mix_ratio=0.75, lr=5e-3, eval_ablate_every=8, n_eval=8, v_hack_k=4,
+                 gen_batch_size=8, threads=1, env_mode='run_tests_aware', teacher_hack_frac=1.0,
+                 teacher_templates='first'),
     'fast': dict(model='Qwen/Qwen3-4B', device='cuda', dtype='bfloat16', steps=60, group=8, prompts_per_step=4,
                  max_new=512, lr=3e-3, adam_beta1=0.5, adam_beta2=0.99, problem_source='leetcode',
                  eval_ablate_every=10, n_eval=32, v_hack_k=4, gen_batch_size=64),
