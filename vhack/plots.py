@@ -5,9 +5,9 @@
 # %% auto 0
 __all__ = ['INTERVENTIONS', 'V_CONTROLS', 'ARM_COLORS', 'ARM_ORDER', 'ROW_COLUMNS', 'RUN_COLUMNS', 'SUMMARY_METRICS', 'FIGURES',
            'COMPACT', 'arm_label', 'parse_arm', 'arm_order', 'arm_palette', 'RunFolderError', 'RunFolderWarning',
-           'SchemaNote', 'read_run', 'load_runs', 'synthetic_runs', 'summary_table', 'summary_markdown', 'plot_metrics',
-           'plot_hack_solve', 'plot_cosines', 'plot_reward_overlap', 'save_figure', 'numeric_metrics', 'picker',
-           'compact_rows', 'make_figures']
+           'SchemaNote', 'read_run', 'load_runs', 'synthetic_runs', 'summary_table', 'summary_markdown', 'smooth_runs',
+           'plot_metrics', 'plot_hack_solve', 'plot_cosines', 'plot_reward_overlap', 'save_figure', 'numeric_metrics',
+           'picker', 'compact_rows', 'make_figures']
 
 # %% ../nbs/07_dynamics_plots.ipynb
 import glob, json, math, os, tempfile, warnings, zlib
@@ -299,8 +299,16 @@ def summary_markdown(tab:pd.DataFrame, digits:int=3) -> str:
     return '\n'.join(lines) + f"\n\nEach cell: mean ± sd across seeds of each run's last-{tab.attrs.get('last', '?')} mean of the measured values.\n"
 
 # %% ../nbs/07_dynamics_plots.ipynb
-def _panel(ax, df:pd.DataFrame, metric:str, pal:dict, seeds:bool=True, title:str|None=None):
-    "Draw `metric` over steps per arm on `ax`; returns whether anything was drawn."
+def smooth_runs(d:pd.DataFrame, metric:str, window:int) -> pd.DataFrame:
+    "`metric` replaced by its trailing rolling mean over `window` measured steps, per run."
+    if not (isinstance(window, int) and window >= 1): raise ValueError(f"smooth window must be an int >= 1, got {window!r}")
+    if window == 1: return d
+    d = d.sort_values(['run_id', 'step']).copy()
+    d[metric] = d.groupby('run_id')[metric].transform(lambda s: s.rolling(window, min_periods=1).mean())
+    return d
+
+def _panel(ax, df:pd.DataFrame, metric:str, pal:dict, seeds:bool=True, title:str|None=None, smooth:int=1):
+    "Draw `metric` over steps per arm on `ax` (`smooth`: trailing rolling mean per run); returns whether anything was drawn."
     ax.set_title(title or metric, fontsize=9)
     ax.set_xlabel('step')
     ax.set_ylabel('')
@@ -308,6 +316,7 @@ def _panel(ax, df:pd.DataFrame, metric:str, pal:dict, seeds:bool=True, title:str
     if d.empty:
         ax.text(0.5, 0.5, f'no data for {metric}', transform=ax.transAxes, ha='center', va='center', color='0.5')
         return False
+    d = smooth_runs(d, metric, smooth)
     arms = arm_order(d['arm'])
     marker = 'o' if d['step'].nunique() <= 12 else None
     if seeds:
@@ -356,15 +365,16 @@ def plot_metrics(df:pd.DataFrame, metrics, arms=None, runs=None, ncols:int=3, ti
 _HS_TITLES = {'s': 'training rollouts (student)', 'kept': 'held-out eval, δS_hack kept',
               'deploy': 'held-out eval, δS_hack zeroed (deploy)'}
 
-def plot_hack_solve(df:pd.DataFrame, arms=None, runs=None, title:str|None=None):
-    "Figure (a): hack and solve over steps per arm — training rollouts, eval kept, eval deployed."
+def plot_hack_solve(df:pd.DataFrame, arms=None, runs=None, title:str|None=None, smooth:int=1):
+    "Figure (a): hack and solve over steps per arm — training rollouts (`smooth`-step rolling mean), eval kept, eval deployed."
     df = _select(df, arms, runs)
     pal = arm_palette(df['arm'])
     fig, axs = plt.subplots(2, 3, figsize=(11, 6), sharex=True, sharey=True, layout='constrained')
     for i, what in enumerate(('hack', 'solve')):
         for j, suffix in enumerate(('s', 'kept', 'deploy')):
             ax = axs[i, j]
-            _panel(ax, df, f'{what}_{suffix}', pal, title=f'{what}_{suffix}: {_HS_TITLES[suffix]}')
+            t = _HS_TITLES[suffix] + (f', {smooth}-step mean' if suffix == 's' and smooth > 1 else '')
+            _panel(ax, df, f'{what}_{suffix}', pal, title=f'{what}_{suffix}: {t}', smooth=smooth if suffix == 's' else 1)
             ax.set_ylim(-0.03, 1.03)
         axs[i, 0].set_ylabel(f'{what} rate')
     for ax in axs[0]: ax.set_xlabel('')
@@ -466,12 +476,12 @@ def compact_rows(df:pd.DataFrame, metrics=COMPACT) -> pd.DataFrame:
     cols = ['run_id', 'arm', 'seed', 'step'] + [m for m in metrics if m in df.columns]
     return df[cols].sort_values(['arm', 'seed', 'step']).round(4)
 
-def make_figures(runs='runs/*', out_dir='figures', title_suffix:str='', prefix:str='') -> tuple[pd.DataFrame, list[Path]]:
+def make_figures(runs='runs/*', out_dir='figures', title_suffix:str='', prefix:str='', smooth:int=1) -> tuple[pd.DataFrame, list[Path]]:
     "Draw and save figures (a) `hack_solve`, (b) `cosines`, (c) `reward_overlap` of `runs` (a glob, folders, or a `load_runs` table), plus `summary.md` and the compact `rows.csv`; returns `(summary_table, paths)`."
     df = runs if isinstance(runs, pd.DataFrame) else load_runs(runs)
     paths = []
     for name, plot in FIGURES.items():
-        fig = plot(df)
+        fig = plot(df, smooth=smooth) if plot is plot_hack_solve else plot(df)
         if title_suffix: fig.suptitle(fig.get_suptitle() + title_suffix, fontsize=11)
         paths += save_figure(fig, prefix + name, out_dir)
         plt.close(fig)
