@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerate the first result (README "First result"): the smol runs, their figures and tables, the README.
-# Four arms × two seeds. Finished runs are
-# skipped and partial ones resumed, so re-running only redoes what is missing; add seeds or arms freely.
+# Four arms × two seeds. Finished runs are skipped and partial ones resumed, so re-running only redoes what is
+# missing; add seeds or arms freely.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m vhack.sweep --preset smol --arms none erase route erase+random --seeds 0 1
