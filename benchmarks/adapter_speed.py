@@ -2,7 +2,7 @@
 model, the hooked (wrapped) model, and `merged()`.  Usage: python benchmarks/adapter_speed.py [--new 128 --batch 8]"""
 import argparse, time, torch
 from vhack.models import load_model, render_prompt, encode
-from vhack.adapter import wrap, merged, svd_cached
+from vhack.adapter import wrap, merged, svd_cached, unwrap
 
 ap = argparse.ArgumentParser(); ap.add_argument('--new', type=int, default=128); ap.add_argument('--batch', type=int, default=8)
 ap.add_argument('--reps', type=int, default=2); a = ap.parse_args()
@@ -31,7 +31,6 @@ with torch.no_grad():
     for k in W.values(): k.dS.normal_(0, 0.01)
 hooked = tps('hooked')
 with merged(W): m = tps('merged')
-from vhack.adapter import unwrap
 unwrap(model); plain2 = tps('plain')                      # again, last: the order of measurement is not the story
 plain = max(plain, plain2)
 print(f"merged / plain = {m / plain:.3f}   hooked / plain = {hooked / plain:.3f}")
